@@ -30,20 +30,22 @@ class ManifestError(ValueError):
 
 
 def resolve_image_path(dataset_dir: str | os.PathLike, relative: str) -> Path:
-    """Return the absolute path of `relative` inside `dataset_dir`.
+    """Return the path of `relative` inside `dataset_dir`.
 
-    Raises `ManifestError` when the path is absolute or leaves the folder,
-    for example through `..` or a symbolic link.
+    Raises `ManifestError` when the path is absolute or climbs out of the
+    folder with `..`. The check is lexical: a symbolic link inside the folder,
+    such as the `images` link a converter makes to a large image folder that
+    stays where it is, is followed on purpose.
     """
-    root = Path(dataset_dir).resolve()
+    root = Path(os.path.abspath(dataset_dir))
     if not isinstance(relative, str) or not relative:
         raise ManifestError(f"image path {relative!r} is empty or not a string")
-    if os.path.isabs(relative):
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")):
         raise ManifestError(f"image path {relative!r} is absolute; write it relative to {root}")
-    candidate = (root / relative).resolve()
-    if candidate != root and root not in candidate.parents:
+    normalised = os.path.normpath(relative)
+    if normalised == ".." or normalised.startswith(".." + os.sep) or normalised == ".":
         raise ManifestError(f"image path {relative!r} leaves the dataset folder {root}")
-    return candidate
+    return root / normalised
 
 
 def validate_record(record: Any, where: str = "record") -> Record:
