@@ -277,6 +277,7 @@ def write_mg_legacy(root: Path, images: dict[str, bytes], annotations: dict[str,
     import lmdb
 
     lmdb_path = root / "images.lmdb"
+    root.mkdir(parents=True, exist_ok=True)
     environment = lmdb.open(str(lmdb_path), map_size=1 << 24, lock=False)
     with environment.begin(write=True) as transaction:
         for key, data in images.items():
