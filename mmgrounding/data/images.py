@@ -179,7 +179,7 @@ def _decode_gif_with_pillow(data: bytes, source: str | os.PathLike) -> np.ndarra
             # Converting a palette image to RGB keeps the palette colour of
             # transparent pixels, as OpenCV does.
             rgb = picture.convert("RGB")
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise ImageError(
             source, "corrupt", f"neither OpenCV nor Pillow could decode the GIF data ({error}); replace the file"
         ) from None
