@@ -1,0 +1,210 @@
+"""tf.data input pipelines for training and evaluation.
+
+Training: every epoch visits each image once in a fresh order drawn from its
+own seeded generator, draws one of the image's texts (a caption, or a region
+phrase) at random, and cuts the order into batches of distinct images; the
+last incomplete batch of an epoch is dropped so no batch spans two epochs.
+Images are decoded in parallel with `load_image`; one that fails to decode is
+skipped, counted and logged, and training goes on.
+
+Evaluation: images are read in manifest order, once each, with all of their
+queries, so each image is decoded and encoded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from mmgrounding.data.images import ImageError, load_image
+from mmgrounding.data.manifest import Record, read_manifest, resolve_image_path
+
+logger = logging.getLogger(__name__)
+
+TEXT_SOURCES = ("captions", "queries")
+
+
+def resize_for_model(image: np.ndarray, image_size: int) -> np.ndarray:
+    """RGB uint8 [h, w, 3] -> float32 [size, size, 3] in 0..255.
+
+    Bilinear, aspect ratio not kept: evaluation resizes heatmaps back to the
+    original width and height.
+    """
+    resized = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+    return resized.astype(np.float32)
+
+
+@dataclass
+class SkipCounter:
+    """Thread-safe count of images skipped by reason, for logs and results."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, reason: str, detail: str) -> None:
+        with self._lock:
+            count = self.counts.get(reason, 0) + 1
+            self.counts[reason] = count
+            self.examples.setdefault(reason, [])
+            if len(self.examples[reason]) < 5:
+                self.examples[reason].append(detail)
+        # Log the first few of each reason, then every 100th, so a folder of
+        # broken files cannot flood the log.
+        if count <= 5 or count % 100 == 0:
+            logger.warning("skipped image (%s, %d so far): %s", reason, count, detail)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def record_texts(record: Record, text_source: str) -> list[str]:
+    """The texts an image can be trained with: its captions or its phrases."""
+    if text_source == "captions":
+        texts = record.get("captions", [])
+    elif text_source == "queries":
+        texts = [query["text"] for query in record.get("queries", [])]
+    else:
+        raise ValueError(f"text_source {text_source!r} must be one of {TEXT_SOURCES}")
+    return [text for text in texts if text.split()]
+
+
+class TrainingData:
+    """The training examples of one manifest and the per-epoch sampler.
+
+    Args:
+      manifest: path of a `<split>.jsonl` manifest.
+      batch_size: images per batch, all distinct.
+      image_size: side of the square model input.
+      text_source: "captions" (COCO) or "queries" (Visual Genome phrases).
+      seed: seed of the sampler; epoch e uses the generator seeded (seed, e).
+    """
+
+    def __init__(self, manifest, batch_size, image_size, text_source="captions", seed=0):
+        self.manifest = Path(manifest)
+        records = read_manifest(self.manifest)
+        self.paths: list[str] = []
+        self.texts: list[list[str]] = []
+        without_text = 0
+        for record in records:
+            texts = record_texts(record, text_source)
+            if not texts:
+                without_text += 1
+                continue
+            self.paths.append(str(resolve_image_path(self.manifest.parent, record["image"])))
+            self.texts.append(texts)
+        if without_text:
+            logger.info("%s: %d images have no %s and are not used for training", self.manifest, without_text, text_source)
+        if len(self.paths) < batch_size:
+            raise ValueError(
+                f"{self.manifest} has {len(self.paths)} images with {text_source}, fewer than "
+                f"batch_size {batch_size}; lower batch_size or use a larger split"
+            )
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.seed = seed
+        self.skipped = SkipCounter()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.paths) // self.batch_size
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, list[str]]:
+        """Image indices and drawn texts of one epoch, cut to whole batches."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.paths))[: self.steps_per_epoch * self.batch_size]
+        texts = [self.texts[i][rng.integers(len(self.texts[i]))] for i in order]
+        return order, texts
+
+    def _load(self, path: bytes) -> tuple[np.ndarray, bool]:
+        try:
+            image = load_image(path.decode("utf-8"))
+        except ImageError as error:
+            self.skipped.add("image_error", str(error))
+            return np.zeros((self.image_size, self.image_size, 3), np.float32), False
+        return resize_for_model(image, self.image_size), True
+
+    def _epoch_arrays(self, epoch) -> tuple[np.ndarray, np.ndarray]:
+        order, texts = self.epoch_order(int(epoch))
+        paths = np.array([self.paths[i] for i in order], dtype=object)
+        return paths, np.array(texts, dtype=object)
+
+    def dataset(self, first_epoch: int = 0) -> tf.data.Dataset:
+        """An endless dataset of {"image", "caption"} batches, epoch after epoch.
+
+        Pass `steps_per_epoch` to `fit`. An image that fails to decode is left
+        out of its epoch, which then has one batch less at most; the stream
+        never runs dry, because it goes on into the next epoch's order.
+        """
+        size = self.image_size
+
+        def load(path, caption):
+            image, ok = tf.numpy_function(self._load, [path], [tf.float32, tf.bool], stateful=False)
+            image.set_shape([size, size, 3])
+            ok.set_shape([])
+            return {"image": image, "caption": caption}, ok
+
+        def one_epoch(epoch):
+            paths, captions = tf.numpy_function(
+                self._epoch_arrays, [epoch], [tf.string, tf.string], stateful=False
+            )
+            examples = tf.data.Dataset.from_tensor_slices((paths, captions))
+            examples = examples.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            examples = examples.filter(lambda example, ok: ok).map(lambda example, ok: example)
+            # Batching inside the epoch keeps every batch's images distinct.
+            return examples.batch(self.batch_size, drop_remainder=True)
+
+        epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+        return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class EvaluationImage:
+    """One image of an evaluation pass with all of its queries."""
+
+    record: Record
+    image: np.ndarray | None  # float32 [size, size, 3], None when decoding failed
+    error: str | None = None
+
+
+def evaluation_images(manifest, image_size, records=None) -> Iterator[EvaluationImage]:
+    """Yield every image of a manifest once, in manifest order, with its queries."""
+    manifest = Path(manifest)
+    records = read_manifest(manifest) if records is None else records
+    for record in records:
+        try:
+            path = resolve_image_path(manifest.parent, record["image"])
+            image = load_image(path)
+        except (ImageError, ValueError) as error:
+            yield EvaluationImage(record, None, str(error))
+            continue
+        if image.shape[:2] != (record["height"], record["width"]):
+            yield EvaluationImage(
+                record,
+                None,
+                f"{record['image']} decodes to {image.shape[1]}x{image.shape[0]} but the manifest says "
+                f"{record['width']}x{record['height']}; boxes would not match, so the image is skipped",
+            )
+            continue
+        yield EvaluationImage(record, resize_for_model(image, image_size))
+
+
+def find_manifest(data_dir: str | os.PathLike, split: str) -> Path:
+    """The manifest of `split` in a dataset folder, with a helpful error."""
+    path = Path(data_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        available = sorted(p.stem for p in Path(data_dir).glob("*.jsonl")) if Path(data_dir).is_dir() else []
+        raise FileNotFoundError(
+            f"no manifest for split {split!r} in {data_dir} (looked for {path.name}); "
+            f"available splits: {available or 'none'}. Convert the dataset with `mmgrounding convert`."
+        )
+    return path
