@@ -152,15 +152,17 @@ def test_extra_variables_reported(tmp_path, vgg_weights, caplog):
         "global_step": np.int64(1000),
         "vgg_16/fc8/biases": np.zeros(1000, np.float32),
         "vgg_16/conv1/conv1_1/weights/Momentum": np.zeros((3, 3, 3, 64), np.float32),
-        "vgg_16/mean_rgb": np.zeros(3, np.float32),
+        "vgg_16/mean_rgb": np.array([123.68, 116.78, 103.94], np.float32),
+        "vgg_16/mystery/weights": np.zeros(3, np.float32),
     }
     standins.write_vgg16_slim_checkpoint(tmp_path / "vgg_16.ckpt", weights=vgg_weights, extra_variables=extra)
     model = vgg.build_vgg16(SMALL_SIZE)
     with caplog.at_level(logging.WARNING, logger="mmgrounding.encoders.vgg"):
         unused = vgg.load_vgg16_slim_weights(model, tmp_path / "vgg_16.ckpt")
-    assert unused == ["vgg_16/mean_rgb"]
-    assert "vgg_16/mean_rgb" in caplog.text
+    assert unused == ["vgg_16/mystery/weights"]
+    assert "vgg_16/mystery/weights" in caplog.text
     assert "fc8" not in caplog.text
+    assert "mean_rgb" not in caplog.text
 
 
 def test_keras_top_layers_skipped(tmp_path, vgg_weights):

@@ -46,7 +46,8 @@ CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
 # Checkpoint entries that belong to the classifier or to training, not to the
 # convolutions; they are skipped without a warning.
 _IGNORED_SLIM_SCOPES = ("vgg_16/fc6/", "vgg_16/fc7/", "vgg_16/fc8/")
-_IGNORED_SLIM_NAMES = frozenset({"global_step", "beta1_power", "beta2_power"})
+# The 2016 slim release also stores its input means as `vgg_16/mean_rgb`.
+_IGNORED_SLIM_NAMES = frozenset({"global_step", "beta1_power", "beta2_power", "vgg_16/mean_rgb"})
 _OPTIMIZER_SLOTS = frozenset(
     {"Momentum", "Adam", "Adam_1", "RMSProp", "RMSProp_1", "Adagrad", "Ftrl", "Ftrl_1", "ExponentialMovingAverage"}
 )
