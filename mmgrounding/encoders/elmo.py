@@ -6,6 +6,10 @@ set and exposes its signatures as concrete functions. The encoder calls the
 `tokens` signature on whitespace-split captions, so token t is the t-th word
 of `caption.split()`, and reshapes the outputs into the interface of
 `mmgrounding.encoders.text`. The learned layer mix is left to the text head.
+
+NOTE: the tests run this class on the stand-in module of
+`mmgrounding.testing.standins` only, because the real module cannot be
+fetched offline. The stand-in copies the real signatures and output widths.
 """
 
 from __future__ import annotations

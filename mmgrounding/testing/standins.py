@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 def vgg16_random_weights(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Draw random VGG16 convolution weights in the slim layout.
 
-    He-normal kernels keep the activation scale roughly constant through the
-    13 ReLU layers, so deep features neither vanish nor overflow.
+    He-normal kernels keep the deep features from vanishing or overflowing
+    through the 13 ReLU layers.
 
     Returns:
         slim layer name (`conv1_1` ...) -> (kernel [3, 3, in, out] float32,
@@ -139,7 +139,7 @@ def write_vgg16_keras_weights(
 
     Args:
         path: a name ending in `.weights.h5` gets the Keras 3 layout written by
-            `keras.Model.save_weights`; any other `.h5` name, such as the
+            `keras.Model.save_weights`. Any other `.h5` name, such as the
             official `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`, gets
             the legacy Keras 2 HDF5 layout of that official file.
         seed: seed of `vgg16_random_weights`, used when `weights` is None.
@@ -236,7 +236,7 @@ def write_elmo_hub_module(path: str | os.PathLike, seed: int = 0) -> Path:
 
     `word_emb` looks each token up in a hashed embedding table. Each "LSTM"
     layer is a projection followed by a masked running mean, left to right for
-    the forward half and right to left for the backward half, so, like the
+    the forward half and right to left for the backward half. So, like the
     real biLM given `sequence_len`, a token's outputs do not depend on
     padding. Outputs at padded positions are zero.
 
@@ -306,8 +306,8 @@ def _elmo_parameters() -> dict[str, tf.Variable]:
 
 
 def _running_mean(values: tf.Tensor, mask: tf.Tensor, reverse: bool) -> tf.Tensor:
-    """Mean of `values` [batch, tokens, width] over the real tokens up to each
-    position (from the end when `reverse`); zero at padded positions."""
+    """Average `values` [batch, tokens, width] over the real tokens up to each
+    position, counting from the end when `reverse`. Padded positions get zero."""
     total = tf.cumsum(values * mask, axis=1, reverse=reverse)
     count = tf.cumsum(mask, axis=1, reverse=reverse)
     return total / tf.maximum(count, 1.0) * mask
