@@ -218,6 +218,16 @@ def test_unknown_names_rejected(tmp_path):
         check_modules(tmp_path, "efficientnet_lite0", "bert")
 
 
+def test_registered_names_pass_unchecked(monkeypatch):
+    from mmgrounding.encoders import text, visual
+
+    text.text_encoder_names()
+    visual.backbone_names()
+    monkeypatch.setitem(visual._BUILDERS, "tiny_backbone", lambda modules_dir, image_size: None)
+    monkeypatch.setitem(text._BUILDERS, "tiny_encoder", lambda modules_dir: None)
+    assert check_modules(None, "tiny_backbone", "tiny_encoder") == {"backbone": "", "text_encoder": ""}
+
+
 # ELMo
 
 
