@@ -488,7 +488,7 @@ def check_modules(
 
         if backbone not in backbone_names():
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {backbone_names()}")
-        logger.info("backbone %r has no module check; its builder validates its own weights", backbone)
+        logger.info("backbone %r is not checked here; its builder loads its own weights", backbone)
 
     if text_encoder == "elmo":
         found["text_encoder"] = elmo_module_path(modules_dir)
@@ -497,5 +497,5 @@ def check_modules(
 
         if text_encoder not in text_encoder_names():
             raise ValueError(f"unknown text encoder {text_encoder!r}; choose one of {text_encoder_names()}")
-        logger.info("text encoder %r has no module check; its builder validates its own weights", text_encoder)
+        logger.info("text encoder %r is not checked here; its builder loads its own weights", text_encoder)
     return found
