@@ -26,7 +26,10 @@ from mmgrounding.encoders.torch_legacy import TorchFileError, UnsafePickleError,
 from mmgrounding.encoders.visual import backbone_names, load_backbone
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "efficientnet_lite0"
-LEVEL_CHANNELS = {"stage3": 40, "stage4": 80, "stage5": 112, "top": 1280}
+LEVEL_CHANNELS = {"stage2": 24, "stage3": 40, "stage4": 80, "stage5": 112}
+# Levels with reference values; stage2 feeds stage3, and the head feeds the
+# logits, so both are covered through them.
+REFERENCE_LEVELS = ("stage3", "stage4", "stage5")
 MILITARY_UNIFORM = 652  # ImageNet class index
 
 # Logits are compared in absolute terms; level maps (values up to about 50)
@@ -185,7 +188,7 @@ def test_classifier_matches_reference_logits(reference):
     assert int(logits[0].argmax()) == MILITARY_UNIFORM
 
 
-@pytest.mark.parametrize("level", LEVEL_NAMES)
+@pytest.mark.parametrize("level", REFERENCE_LEVELS)
 def test_levels_match_reference(backbone_224, reference, level):
     levels = backbone_224(reference["images"].astype(np.float32))
     level_map = np.asarray(levels[level])
@@ -200,7 +203,7 @@ def test_odd_size_padding_matches_reference(backbone_299, reference):
     levels = backbone_299(images)
 
     np.testing.assert_allclose(logits, reference["logits_299"], rtol=0, atol=LOGIT_TOLERANCE)
-    for level in LEVEL_NAMES:
+    for level in REFERENCE_LEVELS:
         level_mean = np.asarray(levels[level]).mean(axis=(1, 2))
         assert _max_relative_error(level_mean, reference[f"{level}_mean_299"]) < LEVEL_RELATIVE_TOLERANCE, level
 
@@ -210,7 +213,7 @@ def test_odd_size_padding_matches_reference(backbone_299, reference):
 
 @pytest.mark.parametrize(
     ("image_size", "sizes"),
-    [(224, (28, 14, 14, 7)), (299, (38, 19, 19, 10))],
+    [(224, (56, 28, 14, 14)), (299, (75, 38, 19, 19))],
 )
 def test_level_shapes(request, image_size, sizes):
     backbone = request.getfixturevalue(f"backbone_{image_size}")
@@ -226,10 +229,10 @@ def test_backbone_is_frozen(backbone_224, reference):
 
     assert backbone_224.trainable is False
     assert backbone_224.trainable_weights == []
-    assert backbone_224.level_names == ("stage3", "stage4", "stage5", "top")
+    assert backbone_224.level_names == ("stage2", "stage3", "stage4", "stage5")
     # Batch norm must use its moving statistics even when called in training mode.
-    inference = backbone_224(images, training=False)["top"]
-    training = backbone_224(images, training=True)["top"]
+    inference = backbone_224(images, training=False)["stage5"]
+    training = backbone_224(images, training=True)["stage5"]
     np.testing.assert_array_equal(np.asarray(training), np.asarray(inference))
 
 
@@ -250,7 +253,7 @@ def test_load_backbone_from_registry():
 
     assert backbone.level_names == LEVEL_NAMES
     assert backbone.trainable_weights == []
-    assert tuple(levels["top"].shape) == (1, 7, 7, 1280)
+    assert tuple(levels["stage5"].shape) == (1, 14, 14, 112)
 
 
 # --- weights lookup and mapping errors -----------------------------------------

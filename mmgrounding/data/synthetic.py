@@ -90,13 +90,15 @@ def make_example(rng: np.random.Generator, size: int = 192):
         boxes = _place_boxes(rng, count, size, size // 4, size // 3)
         if boxes is not None:
             break
-    names = [(c, s) for c in COLOURS for s in SHAPES]
-    picks = rng.choice(len(names), size=count, replace=False)
+    # No colour and no shape appears twice in one image, so each phrase names
+    # exactly one object and either of its words alone identifies it.
+    colours = rng.choice(list(COLOURS), size=count, replace=False)
+    shapes = rng.choice(SHAPES, size=count, replace=False)
     image = _background(rng, size)
     canvas = image[..., ::-1].copy()  # BGR for OpenCV drawing
     objects = []
-    for pick, box in zip(picks, boxes):
-        colour, shape = names[pick]
+    for colour, shape, box in zip(colours, shapes, boxes):
+        colour, shape = str(colour), str(shape)
         _draw_shape(canvas, shape, COLOURS[colour], box)
         objects.append((colour, shape, list(box)))
     return canvas[..., ::-1].copy(), objects
