@@ -74,6 +74,9 @@ class GroundingModel(keras.Model):
         return {"visual": self.encode_images(inputs["image"]), **text}
 
     def _step_outputs(self, data, training):
+        # fit() passes the dataset's dicts as they are; train_on_batch and
+        # friends pack them as (x, y, sample_weight).
+        data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         outputs = self(data, training=training)
         word_scores, sentence_scores = pairwise_scores(
             outputs["words"],
