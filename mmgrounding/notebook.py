@@ -127,7 +127,7 @@ def training_manifests(
     """
     text_source_for(training_set)
     # Absolute paths in errors and logs, because a relative default such as
-    # "../data" depends on the folder papermill or Jupyter runs the notebook in.
+    # "data" depends on the folder papermill or Jupyter runs the notebook in.
     manifest = find_manifest(Path(data_dir).resolve() / training_set, "train")
     validation = None
     if validation_dir is not None:

@@ -157,6 +157,10 @@ class TrainingData:
             paths, captions = tf.numpy_function(
                 self._epoch_arrays, [epoch], [tf.string, tf.string], stateful=False
             )
+            # numpy_function outputs have no static shape; text encoders
+            # check for a rank-1 batch of captions.
+            paths.set_shape([None])
+            captions.set_shape([None])
             examples = tf.data.Dataset.from_tensor_slices((paths, captions))
             examples = examples.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             examples = examples.filter(lambda example, ok: ok).map(lambda example, ok: example)
