@@ -17,7 +17,7 @@ from mmgrounding.model.scoring import pairwise_scores
 
 @tf.function
 def direct_word_scores(words, word_mask, visual, gamma_word=5.0):
-    """The attention written out: a = sum_n h v, R = cos(a, e)."""
+    """Compute word scores with the attended vectors written out: a = sum_n h v, R = cos(a, e)."""
     shape = tf.shape(visual)
     flat = tf.reshape(visual, [shape[0], shape[1] * shape[2], shape[3], shape[4]])
     heatmap = tf.nn.relu(tf.einsum("btd,cnld->btcnl", words, flat))

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from mmgrounding.config import Config
-from mmgrounding.data.pipeline import TrainingData
+from mmgrounding.data.pipeline import training_data
 from mmgrounding.evaluation.runner import EvaluationOptions, evaluate, git_revision
 from mmgrounding.model.build import build_model, load_weights, save_checkpoint
 
@@ -105,7 +105,8 @@ def train(
 
     Args:
       config: the variant and its hyper-parameters.
-      manifest: training manifest `<split>.jsonl`.
+      manifest: training manifest `<split>.jsonl`, or TFRecord shards written
+        by `mmgrounding pack` (their folder, index or one shard).
       output_dir: folder for checkpoints, logs and results.
       modules_dir: folder of pretrained modules (unused by the mini preset).
       validation_manifest: optional manifest with boxes, for model selection
@@ -122,7 +123,7 @@ def train(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    data = TrainingData(
+    data = training_data(
         manifest,
         config.train.batch_size,
         config.visual.image_size,
@@ -159,7 +160,7 @@ def train(
     logger.info(
         "training %s on %d images: %d epochs of %d steps, batch %d",
         config.name,
-        len(data.paths),
+        data.images,
         config.train.epochs,
         steps,
         config.train.batch_size,
@@ -172,6 +173,8 @@ def train(
         steps_per_epoch=steps,
         callbacks=callbacks,
         verbose=verbose,
+        # The sampler shuffles with its own seeded generator.
+        shuffle=False,
     )
     results = {
         "config": config.to_dict(),

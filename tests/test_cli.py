@@ -29,12 +29,14 @@ def test_ground_writes_heatmap_picture(synthetic_run, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary[0]["phrase"] == "a ginger cat"
     picture = load_image(out)
-    assert picture.ndim == 3 and picture.shape[0] > 100
+    assert picture.ndim == 3
+    assert picture.shape[0] > 100
     # The overlay is not a blank canvas.
     assert np.std(picture) > 10
     x, y = summary[0]["point"]
     photo = load_image(SAMPLE_DIR / "images" / "chelsea.png")
-    assert 0 <= x < photo.shape[1] and 0 <= y < photo.shape[0]
+    assert 0 <= x < photo.shape[1]
+    assert 0 <= y < photo.shape[0]
 
 
 def test_ground_several_phrases_numbers_pictures(synthetic_run, tmp_path, capsys):
@@ -52,7 +54,8 @@ def test_ground_several_phrases_numbers_pictures(synthetic_run, tmp_path, capsys
         ]
     )
     assert code == 0
-    assert (tmp_path / "shapes-0.png").is_file() and (tmp_path / "shapes-1.png").is_file()
+    assert (tmp_path / "shapes-0.png").is_file()
+    assert (tmp_path / "shapes-1.png").is_file()
 
 
 def test_ground_missing_checkpoint_fails_clearly(tmp_path, caplog):

@@ -34,8 +34,10 @@ def test_paper_constants_in_presets():
         config = get_preset(name)
         assert config.common_dim == 1024
         assert config.train.batch_size == 32
-        assert config.model.gamma_word == 5.0 and config.model.gamma_loss == 10.0
-        assert config.model.leaky_relu_alpha == 0.25 and config.model.weight_decay == 5e-4
+        assert config.model.gamma_word == 5.0
+        assert config.model.gamma_loss == 10.0
+        assert config.model.leaky_relu_alpha == 0.25
+        assert config.model.weight_decay == 5e-4
     assert get_preset("pnasnet_elmo").visual.mapping_widths == (2048, 2048, 1024)
     assert get_preset("vgg_bilstm").text.head == "bilstm"
 
@@ -149,4 +151,5 @@ def test_mini_model_step_lowers_loss_on_fixed_batch(mini_model):
     first = model.train_on_batch(batch, return_dict=True)
     for _ in range(5):
         last = model.train_on_batch(batch, return_dict=True)
-    assert np.isfinite(first["loss"]) and last["retrieval_loss"] < first["retrieval_loss"]
+    assert np.isfinite(first["loss"])
+    assert last["retrieval_loss"] < first["retrieval_loss"]

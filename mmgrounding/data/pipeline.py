@@ -1,9 +1,10 @@
 """tf.data input pipelines for training and evaluation.
 
-Training: every epoch visits each image once in a fresh order drawn from its
-own seeded generator, draws one of the image's texts (a caption, or a region
-phrase) at random, and cuts the order into batches of distinct images; the
-last incomplete batch of an epoch is dropped so no batch spans two epochs.
+Training: every epoch visits each image once, in a fresh order drawn from its
+own seeded generator, and draws one of the image's texts (a caption, or a
+region phrase) at random. The order is cut into batches of distinct images.
+The last incomplete batch of an epoch is dropped, so no batch spans two
+epochs.
 Images are decoded in parallel with `load_image`; one that fails to decode is
 skipped, counted and logged, and training goes on.
 
@@ -68,7 +69,7 @@ class SkipCounter:
 
 
 def record_texts(record: Record, text_source: str) -> list[str]:
-    """The texts an image can be trained with: its captions or its phrases."""
+    """Return the texts an image can be trained with: its captions or its phrases."""
     if text_source == "captions":
         texts = record.get("captions", [])
     elif text_source == "queries":
@@ -115,6 +116,10 @@ class TrainingData:
         self.skipped = SkipCounter()
 
     @property
+    def images(self) -> int:
+        return len(self.paths)
+
+    @property
     def steps_per_epoch(self) -> int:
         return len(self.paths) // self.batch_size
 
@@ -142,7 +147,7 @@ class TrainingData:
         """An endless dataset of {"image", "caption"} batches, epoch after epoch.
 
         Pass `steps_per_epoch` to `fit`. An image that fails to decode is left
-        out of its epoch, which then has one batch less at most; the stream
+        out of its epoch, which then has at most one batch less. The stream
         never runs dry, because it goes on into the next epoch's order.
         """
         size = self.image_size
@@ -169,6 +174,120 @@ class TrainingData:
 
         epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
         return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+class ShardTrainingData:
+    """Training batches read from TFRecord shards written by `mmgrounding pack`.
+
+    Shards contain each image's original encoded bytes and its manifest
+    record. Every epoch reads the shards through a shuffle buffer of
+    `shuffle_buffer` images that is reshuffled each pass; a buffer of at least
+    the split's size gives a full permutation. Batches are cut inside the
+    epoch, so no batch contains an image twice, and each image gets one text
+    drawn at random. Images that fail
+    to decode, or that have no text, are skipped and counted.
+
+    Args:
+      shards: a folder written by `write_shards`, its `<split>.shards.json`
+        index, or one `.tfrecord` file.
+      batch_size, image_size, text_source, seed: as for `TrainingData`.
+      split: the split to read from a folder that holds several.
+      shuffle_buffer: images held by the shuffle buffer.
+    """
+
+    def __init__(self, shards, batch_size, image_size, text_source="captions", seed=0, split=None, shuffle_buffer=4096):
+        from mmgrounding.data.tfrecords import shard_files
+
+        if text_source not in TEXT_SOURCES:
+            raise ValueError(f"text_source {text_source!r} must be one of {TEXT_SOURCES}")
+        self.source = shards
+        self.split = split
+        self.files = shard_files(shards, split)
+        self.images = self._count_images(Path(shards), split)
+        if self.images < batch_size:
+            raise ValueError(
+                f"{shards} contains {self.images} images, fewer than batch_size {batch_size}; lower batch_size"
+            )
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.text_source = text_source
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.skipped = SkipCounter()
+
+    def _count_images(self, shards: Path, split) -> int:
+        index = None
+        if shards.is_file() and shards.name.endswith(".shards.json"):
+            index = shards
+        elif shards.is_dir():
+            candidates = [shards / f"{split}.shards.json"] if split else sorted(shards.glob("*.shards.json"))
+            index = candidates[0] if candidates and candidates[0].is_file() else None
+        if index is not None:
+            import json
+
+            return int(json.loads(index.read_text(encoding="utf-8"))["written"])
+        # A single shard without its index: count its records once.
+        return sum(1 for _ in tf.data.TFRecordDataset(self.files))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.images // self.batch_size
+
+    def _decode(self, image_bytes: bytes, record_json: bytes, draw: float) -> tuple[np.ndarray, bytes, bool]:
+        import json
+
+        from mmgrounding.data.images import decode_image
+
+        blank = np.zeros((self.image_size, self.image_size, 3), np.float32)
+        record = json.loads(record_json.decode("utf-8"))
+        texts = record_texts(record, self.text_source)
+        if not texts:
+            self.skipped.add(f"no_{self.text_source}", str(record.get("image_id")))
+            return blank, b"", False
+        try:
+            image = decode_image(image_bytes, source=f"shard record {record.get('image_id')}")
+        except ImageError as error:
+            self.skipped.add("image_error", str(error))
+            return blank, b"", False
+        text = texts[min(int(draw * len(texts)), len(texts) - 1)]
+        return resize_for_model(image, self.image_size), text.encode("utf-8"), True
+
+    def dataset(self, first_epoch: int = 0) -> tf.data.Dataset:
+        """Return an endless dataset of {"image", "caption"} batches, as `TrainingData.dataset` does."""
+        from mmgrounding.data.tfrecords import read_shards
+
+        size = self.image_size
+        # Epoch e continues the seeded stream, so a resumed run differs from
+        # an uninterrupted one only in the shuffle order, never in the data.
+        tf_seed = self.seed + first_epoch
+
+        def decode(example):
+            draw = tf.random.uniform([], seed=tf_seed)
+            image, caption, ok = tf.numpy_function(
+                self._decode,
+                [example["image_bytes"], example["record_json"], draw],
+                [tf.float32, tf.string, tf.bool],
+                stateful=True,
+            )
+            image.set_shape([size, size, 3])
+            caption.set_shape([])
+            ok.set_shape([])
+            return {"image": image, "caption": caption}, ok
+
+        examples = read_shards(self.source, self.split)
+        epoch = examples.shuffle(self.shuffle_buffer, seed=tf_seed, reshuffle_each_iteration=True)
+        epoch = epoch.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        epoch = epoch.filter(lambda example, ok: ok).map(lambda example, ok: example)
+        # Batching before repeat() keeps each batch inside one pass.
+        return epoch.batch(self.batch_size, drop_remainder=True).repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def training_data(source, batch_size, image_size, text_source="captions", seed=0):
+    """`TrainingData` for a `.jsonl` manifest, `ShardTrainingData` for packed shards."""
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        return TrainingData(path, batch_size, image_size, text_source, seed)
+    return ShardTrainingData(path, batch_size, image_size, text_source, seed)
 
 
 @dataclass
@@ -203,7 +322,7 @@ def evaluation_images(manifest, image_size, records=None) -> Iterator[Evaluation
 
 
 def find_manifest(data_dir: str | os.PathLike, split: str) -> Path:
-    """The manifest of `split` in a dataset folder, with a helpful error."""
+    """Return the manifest of `split` in a dataset folder, or raise naming the splits there are."""
     path = Path(data_dir) / f"{split}.jsonl"
     if not path.is_file():
         available = sorted(p.stem for p in Path(data_dir).glob("*.jsonl")) if Path(data_dir).is_dir() else []

@@ -52,7 +52,7 @@ def _draw_shape(canvas: np.ndarray, shape: str, colour, box) -> None:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A grey-brown texture: smooth noise at a random scale plus a gradient."""
+    """Draw a grey-brown texture: smooth noise at a random scale plus a gradient."""
     cells = int(rng.integers(3, 12))
     noise = rng.uniform(0, 1, size=(cells, cells, 1)).astype(np.float32)
     smooth = cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)[..., None]

@@ -36,8 +36,8 @@ class EvaluationOptions:
       a hit is tested against the union box and the area rule looks at the
       first box only.
     query_mode: "auto" feeds the whole sentence and picks the phrase's words
-      by index where a query has `sentence` and `tokens` (Flickr30k), and
-      the phrase alone otherwise; "phrase" always feeds the phrase alone.
+      by index where a query has `sentence` and `tokens` (Flickr30k). Other
+      queries, and all queries under "phrase", feed the phrase alone.
     """
 
     tolerance_px: float = 0.0
@@ -74,7 +74,7 @@ def _skip_reason(query: dict[str, Any], record: dict[str, Any], options: Evaluat
 
 
 def _query_input(query, record, options) -> tuple[str, list[int] | None]:
-    """The text to encode and the token indices of the phrase in it."""
+    """Return the text to encode and the token indices of the phrase in it."""
     if options.query_mode == "auto" and "tokens" in query:
         return record["captions"][query["sentence"]], list(query["tokens"])
     return query["text"], None
@@ -94,6 +94,97 @@ def git_revision() -> str | None:
     return result.stdout.strip() or None
 
 
+class _Tally:
+    """Counts, hits and per-query outcomes of one evaluation pass."""
+
+    def __init__(self, options: EvaluationOptions, keep_heatmaps: bool):
+        self.options = options
+        self.keep_heatmaps = keep_heatmaps
+        self.queries = 0
+        self.scored = 0
+        self.hits = 0
+        self.box_hits = 0
+        self.attention = 0.0
+        self.skips: Counter[str] = Counter()
+        self.per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.levels: Counter[int] = Counter()
+        self.outcomes: list[dict[str, Any]] = []
+        self.heatmaps: list[np.ndarray] = []
+
+    def add(self, record, query_index, query, grid_map, levels) -> None:
+        """Score one query from its grid heatmap and the levels of its words."""
+        full = resize_heatmap(grid_map, (record["height"], record["width"]))
+        boxes = query["boxes"]
+        use_union = self.options.union_box or self.options.protocol == "union_first_box"
+        point = predicted_point(full)
+        hit = point_in_boxes(point, [union_of_boxes(boxes)] if use_union else boxes, self.options.tolerance_px)
+        box_hit = box_accuracy_hit(full, boxes)
+        attention = attention_correctness(full, boxes)
+
+        self.scored += 1
+        self.hits += int(hit)
+        self.box_hits += int(box_hit)
+        self.attention += attention
+        for category in query.get("categories") or ["none"]:
+            self.per_category[category][0] += int(hit)
+            self.per_category[category][1] += 1
+        for level in levels:
+            self.levels[int(level)] += 1
+        self.outcomes.append(
+            {
+                "image_id": record["image_id"],
+                "query": query_index,
+                "text": query["text"],
+                "hit": bool(hit),
+                "point": [point[1], point[0]],  # x, y like the boxes
+                "box_hit": bool(box_hit),
+                "attention_correctness": attention,
+            }
+        )
+        if self.keep_heatmaps:
+            self.heatmaps.append(grid_map)
+
+
+def _phrase_token_mask(texts, token_lists) -> np.ndarray | None:
+    """[queries, words] mask of each phrase's words, or None when every query
+    is its whole text."""
+    if all(tokens is None for tokens in token_lists):
+        return None
+    width = max(len(text.split()) for text in texts)
+    mask = np.zeros((len(texts), width), np.float32)
+    for row, (text, tokens) in enumerate(zip(texts, token_lists)):
+        mask[row, tokens if tokens is not None else list(range(len(text.split())))] = 1.0
+    return mask
+
+
+def _score_batch(model, batch, tally: _Tally) -> None:
+    """Encode a batch of images once and score all of their queries."""
+    visual = model.encode_images(tf.constant(np.stack([item.image for item in batch])))
+    query_image, texts, token_lists, queries = [], [], [], []
+    for index, item in enumerate(batch):
+        for query_index, query in enumerate(item.record.get("queries", [])):
+            reason = _skip_reason(query, item.record, tally.options)
+            if reason:
+                tally.skips[reason] += 1
+                continue
+            text, tokens = _query_input(query, item.record, tally.options)
+            query_image.append(index)
+            texts.append(text)
+            token_lists.append(tokens)
+            queries.append((item.record, query_index, query))
+    if not queries:
+        return
+
+    result = model.phrase_heatmaps(
+        tf.gather(visual, query_image), tf.constant(texts), _phrase_token_mask(texts, token_lists)
+    )
+    grid_maps = result["heatmap"].numpy()
+    levels = result["level"].numpy()
+    phrase_tokens = result["token_mask"].numpy()
+    for row, (record, query_index, query) in enumerate(queries):
+        tally.add(record, query_index, query, grid_maps[row], levels[row][phrase_tokens[row] > 0])
+
+
 def evaluate(model, manifest, image_size, options=None, keep_heatmaps=False, limit=None) -> dict[str, Any]:
     """Score every query of `manifest` once and return the results dict.
 
@@ -101,7 +192,8 @@ def evaluate(model, manifest, image_size, options=None, keep_heatmaps=False, lim
       model: a `GroundingModel`.
       manifest: path of a `<split>.jsonl` manifest with boxes.
       image_size: the model's input size.
-      options: `EvaluationOptions`; the defaults follow the paper.
+      options: `EvaluationOptions`; the defaults follow the protocol of
+        Akbari et al. (CVPR 2019).
       keep_heatmaps: also return each scored query's grid heatmap under
         `heatmaps` (for pictures; not written to the results file).
       limit: evaluate only the first `limit` images.
@@ -117,121 +209,57 @@ def evaluate(model, manifest, image_size, options=None, keep_heatmaps=False, lim
     if limit is not None:
         records = records[:limit]
     started = time.perf_counter()
-
-    skips: Counter[str] = Counter()
-    per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    levels: Counter[int] = Counter()
-    outcomes: list[dict[str, Any]] = []
-    heatmaps: list[np.ndarray] = []
-    totals = {"queries": 0, "scored": 0, "hits": 0, "box_hits": 0, "attention": 0.0}
-
-    def score(batch):
-        images = np.stack([item.image for item in batch])
-        visual = model.encode_images(tf.constant(images))
-        query_image, texts, token_lists, queries = [], [], [], []
-        for index, item in enumerate(batch):
-            for query_index, query in enumerate(item.record.get("queries", [])):
-                reason = _skip_reason(query, item.record, options)
-                if reason:
-                    skips[reason] += 1
-                    continue
-                text, tokens = _query_input(query, item.record, options)
-                query_image.append(index)
-                texts.append(text)
-                token_lists.append(tokens)
-                queries.append((item.record, query_index, query))
-        if not queries:
-            return
-        token_mask = None
-        if any(tokens is not None for tokens in token_lists):
-            width = max(len(text.split()) for text in texts)
-            token_mask = np.zeros((len(texts), width), np.float32)
-            for row, (text, tokens) in enumerate(zip(texts, token_lists)):
-                token_mask[row, tokens if tokens is not None else list(range(len(text.split())))] = 1.0
-        result = model.phrase_heatmaps(tf.gather(visual, query_image), tf.constant(texts), token_mask)
-        grid_maps = result["heatmap"].numpy()
-        selected_levels = result["level"].numpy()
-        phrase_tokens = result["token_mask"].numpy()
-        for row, (record, query_index, query) in enumerate(queries):
-            size = (record["height"], record["width"])
-            full = resize_heatmap(grid_maps[row], size)
-            boxes = query["boxes"]
-            test_boxes = [union_of_boxes(boxes)] if options.union_box or options.protocol == "union_first_box" else boxes
-            point = predicted_point(full)
-            hit = point_in_boxes(point, test_boxes, options.tolerance_px)
-            box_hit = box_accuracy_hit(full, boxes)
-            attention = attention_correctness(full, boxes)
-            totals["scored"] += 1
-            totals["hits"] += int(hit)
-            totals["box_hits"] += int(box_hit)
-            totals["attention"] += attention
-            for category in query.get("categories", []) or ["none"]:
-                per_category[category][0] += int(hit)
-                per_category[category][1] += 1
-            for level in selected_levels[row][phrase_tokens[row] > 0]:
-                levels[int(level)] += 1
-            outcomes.append(
-                {
-                    "image_id": record["image_id"],
-                    "query": query_index,
-                    "text": query["text"],
-                    "hit": bool(hit),
-                    "point": [point[1], point[0]],  # x, y like the boxes
-                    "box_hit": bool(box_hit),
-                    "attention_correctness": attention,
-                }
-            )
-            if keep_heatmaps:
-                heatmaps.append(grid_maps[row])
+    tally = _Tally(options, keep_heatmaps)
 
     batch = []
     with Progress(len(records), f"evaluating {manifest.stem}", unit="images") as progress:
         for item in evaluation_images(manifest, image_size, records):
-            totals["queries"] += len(item.record.get("queries", []))
+            tally.queries += len(item.record.get("queries", []))
             if item.image is None:
-                skips["image_error"] += len(item.record.get("queries", []))
+                tally.skips["image_error"] += len(item.record.get("queries", []))
                 logger.warning("skipped image: %s", item.error)
                 progress.update(1)
                 continue
             batch.append(item)
             if len(batch) == options.images_per_batch:
-                score(batch)
+                _score_batch(model, batch, tally)
                 progress.update(len(batch))
                 batch = []
         if batch:
-            score(batch)
+            _score_batch(model, batch, tally)
             progress.update(len(batch))
 
-    scored = totals["scored"]
+    scored = tally.scored
     results = {
         "manifest": str(manifest),
         "split": manifest.stem,
         "options": asdict(options),
         "counts": {
             "images": len(records),
-            "queries": totals["queries"],
+            "queries": tally.queries,
             "scored": scored,
-            "hits": totals["hits"],
-            "skipped": dict(sorted(skips.items())),
+            "hits": tally.hits,
+            "skipped": dict(sorted(tally.skips.items())),
         },
-        "pointing_accuracy": totals["hits"] / scored if scored else None,
-        "box_accuracy": totals["box_hits"] / scored if scored else None,
-        "attention_correctness": totals["attention"] / scored if scored else None,
+        "pointing_accuracy": tally.hits / scored if scored else None,
+        "box_accuracy": tally.box_hits / scored if scored else None,
+        "attention_correctness": tally.attention / scored if scored else None,
         "per_category": {
-            name: {"accuracy": hits / count, "scored": count} for name, (hits, count) in sorted(per_category.items())
+            name: {"accuracy": hits / count, "scored": count}
+            for name, (hits, count) in sorted(tally.per_category.items())
         },
-        "level_histogram": {str(level): levels[level] for level in sorted(levels)},
+        "level_histogram": {str(level): tally.levels[level] for level in sorted(tally.levels)},
         "git_revision": git_revision(),
         "wall_time_s": round(time.perf_counter() - started, 3),
-        "queries": outcomes,
+        "queries": tally.outcomes,
     }
     if keep_heatmaps:
-        results["heatmaps"] = heatmaps
+        results["heatmaps"] = tally.heatmaps
     logger.info(
         "pointing accuracy %s over %d scored queries (%d skipped)",
         "n/a" if scored == 0 else f"{results['pointing_accuracy']:.4f}",
         scored,
-        sum(skips.values()),
+        sum(tally.skips.values()),
     )
     return results
 

@@ -14,8 +14,8 @@ class GroundingModel(keras.Model):
     """Image-phrase grounding in a multi-level common space.
 
     Inputs to `call`, `fit` and `evaluate` are dicts with `image` (float32
-    [batch, size, size, 3], RGB 0..255) and `caption` (string [batch]); caption
-    b belongs to image b and every image of a batch is distinct.
+    [batch, size, size, 3], RGB 0..255) and `caption` (string [batch]).
+    Caption b belongs to image b, and every image of a batch is distinct.
 
     Args:
       backbone: frozen visual backbone from `load_backbone`.
