@@ -309,7 +309,9 @@ def pnasnet_checkpoint_path(modules_dir: str | os.PathLike | None) -> Path:
 
     shapes = slim_checkpoint_shapes(path)
     # PNASNet-5 Large has cells 0..11; cell 11 is the deepest level the model uses.
-    if not any(name.startswith("pnasnet_large/cell_11/") for name in shapes):
+    # The grounding release scopes the variables under pnasnet_large/; the
+    # TF-slim release has the same names without the scope.
+    if not any(name.startswith(("pnasnet_large/cell_11/", "cell_11/")) for name in shapes):
         kind = "it looks like a VGG16 checkpoint" if any(n.startswith("vgg_16/") for n in shapes) else _describe_checkpoint(shapes)
         raise ModuleError(
             f"{path} is not a PNASNet-5 Large checkpoint: it has no variables under "

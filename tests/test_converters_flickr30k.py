@@ -97,7 +97,7 @@ def test_convert_queries_and_skips(source, tmp_path):
     assert queries[1]["boxes"] == [[29, 0, 59, 39]]
     assert queries[2]["skip_reason"] == "notvisual"
     assert queries[2]["boxes"] == []
-    assert queries[3]["skip_reason"] == "no_box"
+    assert queries[3]["skip_reason"] == "scene_no_box"  # a scene phrase without a box
     assert queries[5] == {
         "text": "his dog", "boxes": [[0, 0, 9, 19]], "sentence": 1, "tokens": [3, 4],
         "categories": ["animals"], "entity_id": "4",

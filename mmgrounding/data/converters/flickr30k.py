@@ -17,8 +17,9 @@ is subtracted. Objects with `<nobndbox>1` or `<scene>1` have no box.
 
 Every phrase occurrence becomes one query with all boxes of its entity.
 Phrases without boxes are kept with `"boxes": []` and `"skip_reason"`
-"notvisual" (entity 0) or "no_box" (an entity without any box, such as a
-scene), so an evaluator can count them as skips.
+"notvisual" (entity 0), "scene_no_box" (a scene phrase whose entity has no
+box) or "no_box" (any other entity without a box), so an evaluator can count
+them as skips.
 """
 
 from __future__ import annotations
@@ -283,7 +284,9 @@ def _make_query(
         query["boxes"] = boxes[phrase.entity_id]
         report.keep("queries")
     else:
-        query["skip_reason"] = "no_box"
+        # Scene phrases without boxes are a skip category of their own in the
+        # evaluation protocol, apart from other phrases whose entity has no box.
+        query["skip_reason"] = "scene_no_box" if "scene" in phrase.types else "no_box"
         if phrase.entity_id not in entities.boxes and phrase.entity_id not in entities.without_box:
             report.note("entity_not_in_annotation", f"image {image_id} entity {phrase.entity_id}")
         report.keep("queries_no_box")
