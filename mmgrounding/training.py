@@ -25,6 +25,7 @@ from mmgrounding.config import Config
 from mmgrounding.data.pipeline import training_data
 from mmgrounding.evaluation.runner import EvaluationOptions, evaluate, git_revision
 from mmgrounding.model.build import build_model, load_weights, save_checkpoint
+from mmgrounding.progress import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ def learning_rate_for_epoch(config: Config, epoch: int) -> float:
 class _EpochEnd(keras.callbacks.Callback):
     """Validation, checkpoints and the JSON history at the end of each epoch."""
 
-    def __init__(self, config, output_dir, validation_manifest, options, validation_limit, training_data):
+    def __init__(self, config, output_dir, validation_manifest, options, validation_limit, training_data, first_epoch):
         super().__init__()
+        self.first_epoch = first_epoch
         self.config = config
         self.output_dir = Path(output_dir)
         self.validation_manifest = validation_manifest
@@ -85,7 +87,17 @@ class _EpochEnd(keras.callbacks.Callback):
         save_checkpoint(self.model, self.config, self.output_dir / "checkpoints" / "last", info)
         with (self.output_dir / "history.jsonl").open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(entry) + "\n")
-        logger.info("epoch %d: %s", epoch + 1, json.dumps(entry))
+        # Keras prints an ETA only within an epoch and only on a terminal, so
+        # the log line estimates the time left for the whole run.
+        epochs_done = epoch + 1 - self.first_epoch
+        remaining = (self.config.train.epochs - epoch - 1) * entry["wall_time_s"] / max(epochs_done, 1)
+        logger.info(
+            "epoch %d/%d done, ETA %s: %s",
+            epoch + 1,
+            self.config.train.epochs,
+            format_duration(remaining),
+            json.dumps(entry),
+        )
 
 
 def train(
@@ -155,7 +167,7 @@ def train(
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_for_epoch(config, epoch)),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.TensorBoard(log_dir=str(output_dir / "logs"), write_graph=False),
-        _EpochEnd(config, output_dir, validation_manifest, evaluation_options, validation_limit, data),
+        _EpochEnd(config, output_dir, validation_manifest, evaluation_options, validation_limit, data, first_epoch),
     ]
     logger.info(
         "training %s on %d images: %d epochs of %d steps, batch %d",
