@@ -29,6 +29,12 @@ class VisualConfig:
     # one is the common-space width.
     mapping_widths: tuple[int, ...] = (1024, 1024, 1024)
 
+    def __post_init__(self):
+        if not isinstance(self.image_size, int) or self.image_size < 32:
+            raise ValueError(f"image_size {self.image_size!r} must be an integer of at least 32 pixels")
+        if not self.mapping_widths or not all(isinstance(w, int) and w > 0 for w in self.mapping_widths):
+            raise ValueError(f"mapping_widths {self.mapping_widths!r} must be one or more positive integers")
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -40,6 +46,12 @@ class TextConfig:
     head: str = "mix"
     hidden_width: int = 1024
     lstm_units: int = 512
+
+    def __post_init__(self):
+        if self.head not in ("mix", "bilstm"):
+            raise ValueError(f"text head {self.head!r} must be 'mix' or 'bilstm'")
+        if self.lstm_units < 1:
+            raise ValueError(f"lstm_units {self.lstm_units} must be positive")
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,15 @@ class ModelConfig:
     # Fix 5; False weights phrase heatmaps by the raw relevance.
     clip_phrase_weights: bool = True
 
+    def __post_init__(self):
+        for name in ("gamma_word", "gamma_loss"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} {getattr(self, name)!r} must be positive")
+        if self.leaky_relu_alpha < 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"leaky_relu_alpha {self.leaky_relu_alpha} and weight_decay {self.weight_decay} must not be negative"
+            )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -75,6 +96,18 @@ class TrainConfig:
     seed: int = 0
     # "captions" (COCO) or "queries" (Visual Genome region phrases).
     text_source: str = "captions"
+
+    def __post_init__(self):
+        # The loss contrasts each caption with the other images of its batch,
+        # so a batch of one has nothing to learn from.
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ValueError(f"batch_size {self.batch_size!r} must be an integer of at least 2")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs {self.epochs!r} must be an integer of at least 1")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate {self.learning_rate!r} must be positive")
+        if self.text_source not in ("captions", "queries"):
+            raise ValueError(f"text_source {self.text_source!r} must be 'captions' or 'queries'")
 
 
 @dataclass(frozen=True)
@@ -140,7 +173,19 @@ def save_config(config: Config, path: str | os.PathLike) -> None:
 
 
 def load_config(path: str | os.PathLike) -> Config:
-    return config_from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"config file {path} is not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object, got {type(values).__name__}")
+    try:
+        return config_from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config file {path}: {error}") from None
 
 
 PRESETS: dict[str, Config] = {

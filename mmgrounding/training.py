@@ -153,8 +153,11 @@ def train(
         load_weights(model, last)
         first_epoch = int(json.loads((last / "info.json").read_text())["epoch"])
         logger.info("resuming from %s after epoch %d", last, first_epoch)
-    elif (output_dir / "history.jsonl").exists():
-        (output_dir / "history.jsonl").unlink()
+    else:
+        if resume:
+            logger.warning("resume requested, but %s has no checkpoint; training from scratch", last)
+        if (output_dir / "history.jsonl").exists():
+            (output_dir / "history.jsonl").unlink()
     if first_epoch >= config.train.epochs:
         logger.info("nothing to do: %s already finished %d epochs", output_dir, first_epoch)
 

@@ -91,6 +91,41 @@ def test_evaluate_command_writes_results(synthetic_run, tmp_path):
     assert results["config"]["name"] == "mini"
 
 
+def test_ground_rejects_bad_arguments_before_loading(tmp_path, caplog):
+    image = str(SAMPLE_DIR / "images" / "coffee.png")
+    missing = str(tmp_path / "no-checkpoint")
+    assert main(["ground", image, "   ", "--checkpoint", missing]) == 2
+    assert "non-empty text" in caplog.text
+    assert main(["ground", image, "a cup", "--checkpoint", missing, "--out", str(tmp_path)]) == 2
+    assert "must be a .png file name" in caplog.text
+
+
+def test_ground_corrupt_weights_named(synthetic_run, tmp_path, caplog):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    source = synthetic_run["run"] / "checkpoints" / "last"
+    (checkpoint / "config.json").write_bytes((source / "config.json").read_bytes())
+    (checkpoint / "weights.npz").write_bytes((source / "weights.npz").read_bytes()[:2000])
+    image = str(SAMPLE_DIR / "images" / "coffee.png")
+    assert main(["ground", image, "a cup", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.png")]) == 2
+    assert "weights.npz is not a valid weights file" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--batch-size", "1", "batch_size 1 must be an integer of at least 2"),
+        ("--epochs", "0", "epochs 0 must be an integer of at least 1"),
+        ("--learning-rate", "-1", "learning_rate -1.0 must be positive"),
+        ("--image-size", "10", "image_size 10 must be an integer of at least 32"),
+    ],
+)
+def test_train_rejects_bad_options(tmp_path, caplog, option, value, message):
+    code = main(["train", "--data", str(SAMPLE_DIR), "--split", "sample", "--output", str(tmp_path), option, value])
+    assert code == 2
+    assert message in caplog.text
+
+
 def test_train_rejects_unknown_split(tmp_path, caplog):
     code = main(["train", "--data", str(SAMPLE_DIR), "--split", "nope", "--output", str(tmp_path)])
     assert code == 2

@@ -153,3 +153,12 @@ def test_mini_model_step_lowers_loss_on_fixed_batch(mini_model):
         last = model.train_on_batch(batch, return_dict=True)
     assert np.isfinite(first["loss"])
     assert last["retrieval_loss"] < first["retrieval_loss"]
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json is not valid JSON"):
+        load_config(broken)
+    with pytest.raises(FileNotFoundError, match="missing.json not found"):
+        load_config(tmp_path / "missing.json")

@@ -98,6 +98,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 def read_image_bytes(path: str | os.PathLike) -> bytes:
     """Return the raw bytes of an image file, mapping file errors to `ImageError`."""
     with _file_errors(path):
+        # A device or pipe (such as /dev/zero) could be read without end.
+        if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+            raise ImageError(path, "not_a_file", "is not a regular file")
         return Path(path).read_bytes()
 
 

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from mmgrounding.files import use_default_permissions
+
 Record = dict[str, Any]
 
 
@@ -157,6 +159,7 @@ def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    use_default_permissions(temporary)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             for record in records:

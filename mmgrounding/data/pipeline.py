@@ -45,14 +45,23 @@ def resize_for_model(image: np.ndarray, image_size: int) -> np.ndarray:
 
 @dataclass
 class SkipCounter:
-    """Thread-safe count of images skipped by reason, for logs and results."""
+    """Thread-safe count of distinct images skipped, by reason.
+
+    Training meets a broken image again in every epoch; it is counted and
+    logged once.
+    """
 
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    _seen: set[tuple[str, str]] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, reason: str, detail: str) -> None:
+    def add(self, reason: str, key: str, detail: str) -> None:
+        """Count image `key` as skipped for `reason` unless it already is."""
         with self._lock:
+            if (reason, key) in self._seen:
+                return
+            self._seen.add((reason, key))
             count = self.counts.get(reason, 0) + 1
             self.counts[reason] = count
             self.examples.setdefault(reason, [])
@@ -134,7 +143,7 @@ class TrainingData:
         try:
             image = load_image(path.decode("utf-8"))
         except ImageError as error:
-            self.skipped.add("image_error", str(error))
+            self.skipped.add("image_error", path.decode("utf-8"), str(error))
             return np.zeros((self.image_size, self.image_size, 3), np.float32), False
         return resize_for_model(image, self.image_size), True
 
@@ -242,12 +251,12 @@ class ShardTrainingData:
         record = json.loads(record_json.decode("utf-8"))
         texts = record_texts(record, self.text_source)
         if not texts:
-            self.skipped.add(f"no_{self.text_source}", str(record.get("image_id")))
+            self.skipped.add(f"no_{self.text_source}", str(record.get("image_id")), str(record.get("image_id")))
             return blank, b"", False
         try:
             image = decode_image(image_bytes, source=f"shard record {record.get('image_id')}")
         except ImageError as error:
-            self.skipped.add("image_error", str(error))
+            self.skipped.add("image_error", str(record.get("image_id")), str(error))
             return blank, b"", False
         text = texts[min(int(draw * len(texts)), len(texts) - 1)]
         return resize_for_model(image, self.image_size), text.encode("utf-8"), True

@@ -31,6 +31,8 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import tensorflow as tf
 
+from mmgrounding.files import use_default_permissions
+
 from mmgrounding.data.images import ImageError, decode_image, read_image_bytes
 from mmgrounding.data.manifest import Record, read_manifest, resolve_image_path
 from mmgrounding.progress import Progress
@@ -411,6 +413,7 @@ def _read_index(index_path: Path) -> dict[str, Any]:
 
 def _write_json_atomically(path: Path, content: dict[str, Any]) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    use_default_permissions(temporary)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(content, stream, ensure_ascii=False, indent=1)

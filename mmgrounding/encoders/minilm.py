@@ -291,7 +291,18 @@ class MiniLMEncoder(keras.layers.Layer):
 
     def _tokenize_batch(self, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Tokenize a NumPy array of UTF-8 captions into padded int32 arrays."""
-        encoded = [self.tokenizer.encode(_decode_caption(caption), self.max_pieces) for caption in captions]
+        texts = [_decode_caption(caption) for caption in captions]
+        encoded = [self.tokenizer.encode(text, self.max_pieces) for text in texts]
+        for text, item in zip(texts, encoded):
+            words = len(text.split())
+            if item.num_words < words:
+                logger.warning(
+                    "caption truncated to its first %d of %d words (max_pieces=%d): %.60s...",
+                    item.num_words,
+                    words,
+                    self.max_pieces,
+                    text,
+                )
         length = max((len(item.piece_ids) for item in encoded), default=2)
         piece_ids = np.full((len(encoded), length), self.tokenizer.pad_id, dtype=np.int32)
         word_index = np.full((len(encoded), length), NO_WORD, dtype=np.int32)

@@ -207,6 +207,8 @@ def evaluate(model, manifest, image_size, options=None, keep_heatmaps=False, lim
     manifest = Path(manifest)
     records = read_manifest(manifest)
     if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit {limit!r} must be a positive number of images, or None for all")
         records = records[:limit]
     started = time.perf_counter()
     tally = _Tally(options, keep_heatmaps)
@@ -255,6 +257,14 @@ def evaluate(model, manifest, image_size, options=None, keep_heatmaps=False, lim
     }
     if keep_heatmaps:
         results["heatmaps"] = tally.heatmaps
+    if scored == 0:
+        logger.warning(
+            "%s: no query was scored (%d queries, skipped: %s); a split without boxes, such as COCO "
+            "captions, cannot be evaluated with the pointing game",
+            manifest,
+            tally.queries,
+            dict(tally.skips) or "none",
+        )
     logger.info(
         "pointing accuracy %s over %d scored queries (%d skipped)",
         "n/a" if scored == 0 else f"{results['pointing_accuracy']:.4f}",

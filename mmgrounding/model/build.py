@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import keras
@@ -20,6 +21,7 @@ import tensorflow as tf
 from mmgrounding.config import Config, load_config, save_config
 from mmgrounding.encoders.text import load_text_encoder
 from mmgrounding.encoders.visual import load_backbone
+from mmgrounding.files import use_default_permissions
 from mmgrounding.model.grounding_model import GroundingModel
 from mmgrounding.model.mapping import VisualMapping
 from mmgrounding.model.text_heads import build_text_head
@@ -94,6 +96,7 @@ def save_checkpoint(model: GroundingModel, config: Config, directory: str | os.P
             arrays[f"{prefix}/{index:03d}"] = np.asarray(variable.numpy())
     handle, temporary = tempfile.mkstemp(suffix=".npz", dir=directory)
     os.close(handle)
+    use_default_permissions(temporary)
     np.savez(temporary, **arrays)
     os.replace(temporary, directory / WEIGHTS_FILE)
     save_config(config, directory / CONFIG_FILE)
@@ -107,7 +110,14 @@ def load_weights(model: GroundingModel, directory: str | os.PathLike) -> None:
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {directory} has no {WEIGHTS_FILE}; pass a folder written by training")
-    with np.load(path, allow_pickle=False) as arrays:
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path} is not a valid weights file ({type(error).__name__}); it may be truncated or "
+            "overwritten, so save the checkpoint again or use another one"
+        ) from None
+    with arrays:
         for prefix, layer in _trainable_layers(model).items():
             names = sorted(key for key in arrays.files if key.startswith(prefix + "/"))
             if len(names) != len(layer.weights):
@@ -127,6 +137,8 @@ def load_weights(model: GroundingModel, directory: str | os.PathLike) -> None:
 def load_checkpoint(directory: str | os.PathLike, modules_dir=None) -> tuple[GroundingModel, Config]:
     """Rebuild the model of a checkpoint folder and load its weights."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {directory} not found; pass a folder written by training")
     if not (directory / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"checkpoint {directory} has no {CONFIG_FILE}; pass a folder written by training")
     config = load_config(directory / CONFIG_FILE)

@@ -148,7 +148,7 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     mg_legacy = _source_parser(
         sources, "mg-legacy", "Pre-processed data of the MG paper's release (LMDB + pickle).",
-        "  --lmdb         LMDB image store folder (holds data.mdb); needs `pip install lmdb`\n"
+        "  --lmdb         LMDB image store folder (holds data.mdb)\n"
         "  --annotations  the pickled annotation dict of the split (<split>.pickle)\n"
         "Images are extracted into OUT/images/.",
     )

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 from mmgrounding.data.images import ImageError, exif_orientation, load_image, read_image_size
 from mmgrounding.data.manifest import Record, manifest_path, validate_record, write_manifest
+from mmgrounding.files import use_default_permissions
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +385,7 @@ class ImageFolder:
             return
         destination.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+        use_default_permissions(temporary)
         os.close(handle)
         try:
             shutil.copyfile(source, temporary)
@@ -403,6 +405,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` under a temporary name, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    use_default_permissions(temporary)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
