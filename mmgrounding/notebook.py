@@ -221,11 +221,13 @@ def results_table(results: dict[str, dict[str, Any]], skipped: dict[str, str] | 
     return "\n".join(lines)
 
 
-def heatmap_panels(results: dict[str, Any], count: int = 6) -> list[dict[str, Any]]:
+def heatmap_panels(results: dict[str, Any], count: int = 6, one_per_image: bool = False) -> list[dict[str, Any]]:
     """Build `visualize.heatmap_grid` panels for the first `count` scored queries.
 
     `results` is an `evaluate` output made with `keep_heatmaps=True`; the
-    images and boxes are read back from its manifest.
+    images and boxes are read back from its manifest. With `one_per_image`,
+    only the first scored query of each image gets a panel. Each panel also
+    carries its `image_id`.
     """
     if "heatmaps" not in results:
         raise ValueError("results have no heatmaps; call evaluate(..., keep_heatmaps=True)")
@@ -233,14 +235,20 @@ def heatmap_panels(results: dict[str, Any], count: int = 6) -> list[dict[str, An
     records = {record["image_id"]: record for record in read_manifest(manifest)}
     images: dict[Any, Any] = {}
     panels = []
-    for outcome, heatmap in list(zip(results["queries"], results["heatmaps"]))[:count]:
-        record = records[outcome["image_id"]]
-        if outcome["image_id"] not in images:
-            images[outcome["image_id"]] = load_image(resolve_image_path(manifest.parent, record["image"]))
+    for outcome, heatmap in zip(results["queries"], results["heatmaps"]):
+        if len(panels) == count:
+            break
+        image_id = outcome["image_id"]
+        if one_per_image and image_id in images:
+            continue
+        record = records[image_id]
+        if image_id not in images:
+            images[image_id] = load_image(resolve_image_path(manifest.parent, record["image"]))
         query = record["queries"][outcome["query"]]
         panels.append(
             {
-                "image": images[outcome["image_id"]],
+                "image_id": image_id,
+                "image": images[image_id],
                 "heatmap": heatmap,
                 "boxes": query["boxes"],
                 "title": f"{outcome['text']} ({'hit' if outcome['hit'] else 'miss'})",

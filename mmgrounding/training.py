@@ -53,8 +53,34 @@ class _EpochEnd(keras.callbacks.Callback):
         self.validation_limit = validation_limit
         self.training_data = training_data
         self.best = -math.inf
+        best_info = self.output_dir / "checkpoints" / "best" / "info.json"
+        if first_epoch > 0 and best_info.is_file():
+            # A resumed run must not replace the best checkpoint of its first
+            # part with a worse one.
+            self.best = json.loads(best_info.read_text()).get("pointing_accuracy", -math.inf)
         self.started = time.perf_counter()
         self.writer = tf.summary.create_file_writer(str(self.output_dir / "logs" / "eval"))
+
+    def _validate(self, epoch, entry, info) -> None:
+        """Score the validation set and keep the best checkpoint so far."""
+        results = evaluate(
+            self.model,
+            self.validation_manifest,
+            self.config.visual.image_size,
+            self.options,
+            limit=self.validation_limit,
+        )
+        accuracy = results["pointing_accuracy"]
+        entry["eval/pointing_accuracy"] = accuracy
+        entry["eval/scored"] = results["counts"]["scored"]
+        with self.writer.as_default():
+            tf.summary.scalar("pointing_accuracy", accuracy or 0.0, step=epoch + 1)
+
+        if accuracy is not None and accuracy > self.best:
+            self.best = accuracy
+            info["pointing_accuracy"] = accuracy
+            save_checkpoint(self.model, self.config, self.output_dir / "checkpoints" / "best", info)
+            logger.info("epoch %d: new best pointing accuracy %.4f", epoch + 1, accuracy)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -64,29 +90,16 @@ class _EpochEnd(keras.callbacks.Callback):
         entry["train/skipped_images"] = self.training_data.skipped.total
         if not all(math.isfinite(v) for k, v in entry.items() if k.startswith("train/")):
             logger.error("non-finite training metrics at epoch %d: %s", epoch + 1, entry)
+
         info = {"epoch": epoch + 1, "git_revision": git_revision()}
         if self.validation_manifest is not None:
-            results = evaluate(
-                self.model,
-                self.validation_manifest,
-                self.config.visual.image_size,
-                self.options,
-                limit=self.validation_limit,
-            )
-            accuracy = results["pointing_accuracy"]
-            entry["eval/pointing_accuracy"] = accuracy
-            entry["eval/scored"] = results["counts"]["scored"]
-            with self.writer.as_default():
-                tf.summary.scalar("pointing_accuracy", accuracy or 0.0, step=epoch + 1)
-            if accuracy is not None and accuracy > self.best:
-                self.best = accuracy
-                info["pointing_accuracy"] = accuracy
-                save_checkpoint(self.model, self.config, self.output_dir / "checkpoints" / "best", info)
-                logger.info("epoch %d: new best pointing accuracy %.4f", epoch + 1, accuracy)
+            self._validate(epoch, entry, info)
+
         entry["wall_time_s"] = round(time.perf_counter() - self.started, 1)
         save_checkpoint(self.model, self.config, self.output_dir / "checkpoints" / "last", info)
         with (self.output_dir / "history.jsonl").open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(entry) + "\n")
+
         # Keras prints an ETA only within an epoch and only on a terminal, so
         # the log line estimates the time left for the whole run.
         epochs_done = epoch + 1 - self.first_epoch

@@ -77,7 +77,7 @@ def save_heatmap(path, image, heatmap, boxes=(), title=None, dpi=100) -> Path:
 
 
 def heatmap_grid(panels, columns=3, size=3.5):
-    """A figure with one overlay per panel.
+    """Draw a figure with one overlay per panel.
 
     Args:
       panels: list of dicts with `image`, `heatmap` and optionally `boxes`

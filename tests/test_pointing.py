@@ -16,7 +16,8 @@ def test_resize_puts_peak_in_matching_region():
     grid = np.zeros((2, 4), np.float32)
     grid[1, 3] = 1.0  # bottom-right cell
     row, column = predicted_point(resize_heatmap(grid, (40, 80)))
-    assert row >= 20 and column >= 60
+    assert row >= 20
+    assert column >= 60
 
 
 def test_predicted_point_ties_go_to_first_row_major():

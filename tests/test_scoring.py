@@ -117,9 +117,8 @@ def test_grounding_loss_at_chance_is_four_log_batch():
 
 
 def test_grounding_loss_uses_rows_as_captions():
-    # Caption 0 matches image 1 better than its own image: only the terms that
-    # look at row 0 or column 1 may grow, so the loss must differ from the
-    # transposed matrix's loss unless the code mixes rows and columns up.
+    # Caption 0 matches image 1 better than its own image. The oracle treats
+    # rows as captions, so the loss only matches it if the code does too.
     scores = np.eye(3, dtype=np.float32)
     scores[0, 1] = 2.0
     expected = reference.grounding_loss(scores, np.eye(3), 10.0)
@@ -134,7 +133,7 @@ def test_phrase_heatmap_weights_by_clipped_relevance():
     np.testing.assert_allclose(result[0], np.full((2, 2), 0.25 * 1 + 0.75 * 3))
 
 
-def test_phrase_heatmap_falls_back_to_mean_when_weights_vanish():
+def test_phrase_heatmap_zero_weights_mean():
     heatmaps = np.stack([np.full((2, 2), 1.0), np.full((2, 2), 3.0)])[None]
     relevance = np.array([[-0.5, 0.0]])
     result = phrase_heatmap(heatmaps, relevance, np.ones((1, 2))).numpy()

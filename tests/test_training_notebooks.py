@@ -414,3 +414,18 @@ def test_heatmap_panels_read_boxes(data_dir):
     assert panel["title"] == "A square (hit)"
     with pytest.raises(ValueError, match="keep_heatmaps=True"):
         heatmap_panels({"manifest": str(manifest), "queries": []})
+
+
+def test_heatmap_panels_one_per_image(data_dir):
+    manifest = data_dir / "flickr30k" / "test.jsonl"
+    record = json.loads(manifest.read_text().splitlines()[0])
+    outcome = {"image_id": record["image_id"], "query": 0, "text": "A square", "hit": False}
+    results = {
+        "manifest": str(manifest),
+        "queries": [outcome, dict(outcome, hit=True)],
+        "heatmaps": [np.zeros((4, 4), np.float32), np.ones((4, 4), np.float32)],
+    }
+    assert len(heatmap_panels(results)) == 2
+    (panel,) = heatmap_panels(results, one_per_image=True)
+    assert panel["title"] == "A square (miss)"
+    assert panel["image_id"] == record["image_id"]

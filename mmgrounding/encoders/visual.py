@@ -2,8 +2,8 @@
 
 A backbone is a `keras.Model` that maps a float32 batch of RGB images with
 values 0..255, shape [batch, image_size, image_size, 3], to a dict of its four
-level maps keyed by endpoint name, each [batch, height, width, channels] and
-not yet resized to the common grid. It applies its own preprocessing, is
+level maps keyed by endpoint name. Each map is [batch, height, width,
+channels], not yet resized to the common grid. It applies its own preprocessing, is
 frozen (`trainable = False`) and stores its endpoint names, in level order, as
 the attribute `level_names`.
 """

@@ -1,7 +1,7 @@
 """Secondary metrics: box accuracy and attention correctness.
 
 Box accuracy turns a heatmap into a box by growing regions around its
-strongest peaks; attention correctness (Liu et al., "Attention Correctness in
+strongest peaks. Attention correctness (Liu et al., "Attention Correctness in
 Neural Image Captioning", AAAI 2017) is the share of heatmap mass that falls
 inside the ground-truth boxes.
 """
@@ -41,10 +41,10 @@ def heatmap_box(heatmap) -> list[int]:
     """Predict one box [x_min, y_min, x_max, y_max] from an image-sized heatmap.
 
     Min-max normalise, take up to three local peaks above 0.3 of the maximum,
-    grow each into the connected region above 0.3 of its peak, drop regions
-    covering 90 % of the image or more and regions mostly inside a kept one,
-    and return the union of the rest; the whole image when nothing is left
-    (for example for a constant heatmap).
+    and grow each into the connected region above 0.3 of its peak. Regions
+    covering 90 % of the image or more, and regions mostly inside a kept one,
+    are dropped. The result is the union of the rest, or the whole image when
+    nothing is left (for example for a constant heatmap).
     """
     heatmap = np.asarray(heatmap, dtype=np.float32)
     height, width = heatmap.shape
@@ -91,7 +91,7 @@ def heatmap_box(heatmap) -> list[int]:
 
 
 def box_accuracy_hit(heatmap, boxes, threshold=0.5) -> bool:
-    """Whether the predicted box overlaps the union ground-truth box with IoU >= threshold."""
+    """Return whether the predicted box overlaps the union ground-truth box with IoU >= threshold."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     truth = [boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()]
     return iou(heatmap_box(heatmap), truth) >= threshold

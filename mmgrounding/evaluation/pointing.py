@@ -17,8 +17,8 @@ def union_of_boxes(boxes) -> list[float]:
 
 
 def point_in_boxes(point, boxes, tolerance_px=0.0) -> bool:
-    """Whether (row, column) lies in any box, bounds inclusive, or within
-    `tolerance_px` pixels of one."""
+    """Return whether (row, column) lies in any box, bounds inclusive, or
+    within `tolerance_px` pixels of one."""
     row, column = point
     for x_min, y_min, x_max, y_max in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
         dx = max(x_min - column, 0.0, column - x_max)

@@ -1,7 +1,7 @@
 """Builders that read a `Config`, and saving and restoring trained weights.
 
-A checkpoint folder holds `config.json` and `weights.npz` with the trainable
-weights only: the frozen backbone and text encoder are rebuilt from their
+A checkpoint folder contains `config.json` and `weights.npz` with the
+trainable weights only. The frozen backbone and text encoder are rebuilt from their
 pretrained modules, so checkpoints stay small and never contain the modules.
 """
 
@@ -37,6 +37,7 @@ def build_model(config: Config, modules_dir: str | os.PathLike | None = None) ->
     _check_modules(config, modules_dir)
     backbone = load_backbone(config.visual.backbone, modules_dir, config.visual.image_size)
     text_encoder = load_text_encoder(config.text.encoder, modules_dir)
+
     mapping = VisualMapping(
         backbone.level_names,
         config.visual.grid_level,
@@ -52,6 +53,7 @@ def build_model(config: Config, modules_dir: str | os.PathLike | None = None) ->
         alpha=config.model.leaky_relu_alpha,
         normalize_words=config.model.normalize_words,
     )
+
     model = GroundingModel(
         backbone,
         text_encoder,

@@ -2,8 +2,9 @@
 
 Rows of a score matrix are captions and columns are images; caption b belongs
 to image b. One term retrieves the caption of each image among all captions of
-the batch, the other the image of each caption among all images, each as a
-cross-entropy of a softmax with temperature gamma (10 in the paper).
+the batch, the other the image of each caption among all images. Each is a
+cross-entropy of a softmax with temperature gamma, 10 in Akbari et al.
+(CVPR 2019).
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def loss_terms(word_scores, sentence_scores, gamma: float = 10.0) -> dict[str, t
 
 
 def grounding_loss(word_scores, sentence_scores, gamma=10.0):
-    """Sum of both retrieval terms for the word and the sentence scores.
+    """Sum both retrieval terms for the word and the sentence scores.
 
     Args:
       word_scores, sentence_scores: [captions, images] from `pairwise_scores`.
-      gamma: softmax temperature (10 in the paper).
+      gamma: softmax temperature (10 in Akbari et al., CVPR 2019).
 
     Returns:
       Scalar loss, without the L2 weight penalty (the model adds that). At

@@ -16,7 +16,7 @@ class VisualMapping(keras.layers.Layer):
       level_names: endpoint names in level order.
       grid_level: the endpoint whose height x width is the common grid.
       widths: output widths of the convolutions; the last is the common dim.
-      alpha: LeakyReLU slope (0.25 in the paper code).
+      alpha: LeakyReLU slope (0.25 in the authors' TF1 release).
       weight_decay: L2 penalty on the kernels in the TF1 convention
         weight_decay * sum(w^2) / 2.
     """

@@ -30,8 +30,9 @@ class MixTextHead(keras.layers.Layer):
     Args:
       width: common-space width.
       alpha: LeakyReLU slope.
-      normalize_words: L2-normalise word vectors. False reproduces the paper
-        variant that skipped it, whose heatmaps are then not cosines.
+      normalize_words: L2-normalise word vectors. False reproduces the variant
+        of the authors' TF1 release that skipped it, whose heatmaps are then
+        not cosines.
     """
 
     def __init__(self, width, alpha=0.25, normalize_words=True, **kwargs):
@@ -85,7 +86,7 @@ class BiLSTMTextHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = units
         self.normalize_words = normalize_words
-        # unit_forget_bias=True sets the forget-gate bias to 1, as in the paper code.
+        # unit_forget_bias=True sets the forget-gate bias to 1, as the authors' TF1 release does.
         self.lstm = keras.layers.Bidirectional(
             keras.layers.LSTM(units, return_sequences=True, unit_forget_bias=True),
             merge_mode="concat",

@@ -171,8 +171,8 @@ def convert_flickr30k(
 ) -> dict[str, Any]:
     """Convert one split of Flickr30k Entities and return its summary.
 
-    `root` holds Sentences/, Annotations/ and the split lists; `images`
-    holds <image id>.jpg. Writes OUT/<split>.jsonl and OUT/<split>.summary.json.
+    `root` contains Sentences/, Annotations/ and the split lists, and
+    `images` contains <image id>.jpg. Writes OUT/<split>.jsonl and OUT/<split>.summary.json.
     """
     split = check_split_name(split)
     root = require_dir(root, "Flickr30k Entities root")
